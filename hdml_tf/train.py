@@ -25,6 +25,7 @@ flags.DEFINE_bool("download", False, "Allow downloads: the dataset through tenso
 flags.DEFINE_bool("allow_partial_dataset", False, "Accept image and class counts other than the official ones.")
 flags.DEFINE_bool("skip_bad_images", False, "Skip unreadable or missing images (counted in the log) instead of failing.")
 flags.DEFINE_float("test_class_fraction", 0.5, "image_folder only: fraction of the sorted classes held out for testing.")
+flags.DEFINE_bool("cache_images", False, "Decode and resize the training images once and keep them in memory.")
 flags.DEFINE_integer("image_size", 227, "Side of the square training and test crops, in pixels.")
 
 # === Model and loss ===

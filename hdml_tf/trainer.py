@@ -153,6 +153,13 @@ def _run_locked(flags_values, recall_ks, lr_decay_steps, is_chief, own_dir):
         skip_bad_images=flags_values.skip_bad_images,
         test_class_fraction=flags_values.test_class_fraction,
     )
+    if flags_values.cache_images and splits.train.paths is not None:
+        started = time.perf_counter()
+        splits.train = data_lib.cache_resized(splits.train, flags_values.image_size)
+        logging.info(
+            "Cached %d resized training images in memory (%.1f GiB, %.0f s)",
+            len(splits.train), splits.train.images.nbytes / 2**30, time.perf_counter() - started,
+        )
     _log_split("Training", splits.train)
     _log_split("Test", splits.test)
     sampler = data_lib.make_sampler(

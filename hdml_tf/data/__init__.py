@@ -10,7 +10,7 @@ from hdml_tf.data.cub import load_cub
 from hdml_tf.data.fashion_mnist import DatasetNotFoundError, load_fashion_mnist
 from hdml_tf.data.files import BadImageError, DatasetCountError, UnsafeArchiveError
 from hdml_tf.data.image_folder import load_image_folder
-from hdml_tf.data.pipeline import make_eval_dataset, make_train_dataset
+from hdml_tf.data.pipeline import cache_resized, make_eval_dataset, make_train_dataset
 from hdml_tf.data.samplers import BatchLayoutError, make_sampler
 from hdml_tf.data.sop import load_sop
 from hdml_tf.data.splits import DatasetSplits, Split
@@ -40,6 +40,7 @@ __all__ = [
     "DatasetSplits",
     "Split",
     "UnsafeArchiveError",
+    "cache_resized",
     "load_dataset",
     "make_eval_dataset",
     "make_sampler",

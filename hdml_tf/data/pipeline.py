@@ -9,6 +9,8 @@ the centre crop for evaluation (256 and 227 px at the default size).
 import numpy as np
 import tensorflow as tf
 
+from hdml_tf.data.splits import Split
+
 RESIZE_RATIO = 256 / 227
 
 
@@ -130,3 +132,27 @@ def make_eval_dataset(split, image_size, batch_size=64, limit=None):
 
     dataset = tf.data.Dataset.range(count).map(load_example, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def cache_resized(split, image_size, batch_size=64):
+    """Decode every image of a file-based split once and keep it resized, in memory.
+
+    Returns a `Split` whose `images` are uint8 [n, R, R, 3] with R = resize_size(image_size),
+    so training only crops and flips. Memory is n * R * R * 3 bytes: about 1.1 GiB for
+    CUB's 5,864 training images at 227 px, 11.6 GiB for SOP's 59,551.
+    """
+    if split.images is not None:
+        return split
+    side = resize_size(image_size)
+    load = _image_loader(split)
+
+    def load_resized(index):
+        return tf.cast(tf.round(tf.clip_by_value(_resize(load(index), image_size), 0.0, 255.0)), tf.uint8)
+
+    dataset = tf.data.Dataset.range(len(split)).map(load_resized, num_parallel_calls=tf.data.AUTOTUNE)
+    images = np.empty((len(split), side, side, 3), dtype=np.uint8)
+    position = 0
+    for batch in dataset.batch(batch_size):
+        images[position : position + len(batch)] = batch.numpy()
+        position += len(batch)
+    return Split(labels=split.labels, class_names=split.class_names, images=images)
