@@ -29,16 +29,20 @@ OUTPUT_SUFFIXES = (".npz", ".npy")
 MAX_LOGGED_SKIPS = 20
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string(
-    "model",
-    None,
-    "SavedModel version folder (or a model folder, whose highest version is used) or .onnx file.",
-)
-flags.DEFINE_string("images", None, "Folder searched recursively for .jpg, .jpeg and .png files.")
-flags.DEFINE_string("output", None, "File to write (replaced if it exists): .npz, or .npy with the paths in a .txt.")
-flags.DEFINE_integer("batch_size", 32, "Number of images per model call.")
-flags.DEFINE_bool("skip_bad_images", False, "Skip unreadable or undecodable images (counted in the log) instead of failing.")
-flags.DEFINE_integer("log_every_batches", 10, "Log progress every this many batches.")
+
+
+def define_flags():
+    """Define the command's flags; called only when it runs, so importing this module defines none."""
+    flags.DEFINE_string(
+        "model",
+        None,
+        "SavedModel version folder (or a model folder, whose highest version is used) or .onnx file.",
+    )
+    flags.DEFINE_string("images", None, "Folder searched recursively for .jpg, .jpeg and .png files.")
+    flags.DEFINE_string("output", None, "File to write (replaced if it exists): .npz, or .npy with the paths in a .txt.")
+    flags.DEFINE_integer("batch_size", 32, "Number of images per model call.")
+    flags.DEFINE_bool("skip_bad_images", False, "Skip unreadable or undecodable images (counted in the log) instead of failing.")
+    flags.DEFINE_integer("log_every_batches", 10, "Log progress every this many batches.")
 
 
 class BadImageError(ValueError):
@@ -281,4 +285,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main, flags_parser=export.make_flags_parser(PROGRAM))

@@ -17,20 +17,24 @@ from absl import app, flags, logging
 from hdml_tf import data as data_lib
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "Training run directory, SavedModel folder or .onnx file.")
-flags.DEFINE_enum("dataset", None, sorted(data_lib.DATASETS), "Dataset; defaults to the run's dataset.")
-flags.DEFINE_string("data_dir", None, "Folder with the dataset's files.")
-flags.DEFINE_enum("split", "test", ["test", "train"], "Split to evaluate; test holds the unseen classes.")
-flags.DEFINE_bool("allow_partial_dataset", False, "Accept image and class counts other than the official ones.")
-flags.DEFINE_float("test_class_fraction", 0.5, "image_folder only: fraction of the sorted classes held out.")
-flags.DEFINE_list("recall_ks", ["1", "2", "4", "8"], "K values of Recall@K.")
-flags.DEFINE_integer("batch_size", 64, "Images per inference batch.")
-flags.DEFINE_integer("max_images", None, "Evaluate the first this many images only.")
-flags.DEFINE_integer("seed", 0, "Seed of k-means and of the choice of grid queries.")
-flags.DEFINE_string("output", None, "Metrics JSON file; default: metrics_<dataset>_<split>.json beside --model.")
-flags.DEFINE_string("grid", None, "Retrieval grid PNG; default: the --output path with .png.")
-flags.DEFINE_integer("grid_queries", 8, "Queries shown in the retrieval grid (0: no grid).")
-flags.DEFINE_integer("grid_k", 5, "Results shown per query in the retrieval grid.")
+
+
+def define_flags():
+    """Define the command's flags; called only when it runs, so importing this module defines none."""
+    flags.DEFINE_string("model", None, "Training run directory, SavedModel folder or .onnx file.")
+    flags.DEFINE_enum("dataset", None, sorted(data_lib.DATASETS), "Dataset; defaults to the run's dataset.")
+    flags.DEFINE_string("data_dir", None, "Folder with the dataset's files.")
+    flags.DEFINE_enum("split", "test", ["test", "train"], "Split to evaluate; test holds the unseen classes.")
+    flags.DEFINE_bool("allow_partial_dataset", False, "Accept image and class counts other than the official ones.")
+    flags.DEFINE_float("test_class_fraction", 0.5, "image_folder only: fraction of the sorted classes held out.")
+    flags.DEFINE_list("recall_ks", ["1", "2", "4", "8"], "K values of Recall@K.")
+    flags.DEFINE_integer("batch_size", 64, "Images per inference batch.")
+    flags.DEFINE_integer("max_images", None, "Evaluate the first this many images only.")
+    flags.DEFINE_integer("seed", 0, "Seed of k-means and of the choice of grid queries.")
+    flags.DEFINE_string("output", None, "Metrics JSON file; default: metrics_<dataset>_<split>.json beside --model.")
+    flags.DEFINE_string("grid", None, "Retrieval grid PNG; default: the --output path with .png.")
+    flags.DEFINE_integer("grid_queries", 8, "Queries shown in the retrieval grid (0: no grid).")
+    flags.DEFINE_integer("grid_k", 5, "Results shown per query in the retrieval grid.")
 
 
 class EvaluateError(ValueError):
@@ -168,4 +172,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -35,9 +35,9 @@ def run_to_end(command):
     return result
 
 
-def wait_for(path, process, timeout=300):
+def wait_for(path, process, timeout=300, exists=os.path.exists):
     deadline = time.time() + timeout
-    while not os.path.exists(path):
+    while not exists(path):
         assert process.poll() is None, process.communicate()[1][-3000:]
         assert time.time() < deadline, f"{path} did not appear"
         time.sleep(0.02)
@@ -56,7 +56,8 @@ def test_sigkill_then_rerun_matches_uninterrupted_run(tmp_path):
     crashed_dir = tmp_path / "crashed"
     process = subprocess.Popen(train_command(crashed_dir, *steps), cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
-    wait_for(crashed_dir / "ckpt-4.index", process)
+    # The checkpoint counts once the `checkpoint` state file names it, after its data files.
+    wait_for(str(crashed_dir), process, exists=tf.train.latest_checkpoint)
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=60)
     assert not (crashed_dir / "ckpt-12.index").exists(), "the run finished before it could be killed"
