@@ -24,7 +24,8 @@ import math
 import numpy as np
 
 HIGH_BITS = 26
-# Rows converted at once, which bounds the float64 temporaries to a few MiB per column.
+# Rows converted at once. Each float64 temporary takes 8192 * D * 8 bytes (32 MiB for
+# D = 512).
 _CONVERSION_BLOCK_ROWS = 8192
 
 
