@@ -326,7 +326,9 @@ def test_exact_keys_match_fractions():
     unit = l2_normalize(rng.standard_normal((40, 6)))
     unit[20:40] = l2_normalize(unit[:20] + 1e-10 * rng.standard_normal((20, 6)))
     unit[39] = unit[38]
-    keys = ExactDistanceKeys(unit)
+    keys = ExactDistanceKeys(*unit.shape)
+    keys.set_rows(0, unit[:25])  # two calls, as the search fills the rows in blocks
+    keys.set_rows(25, unit[25:])
     queries = np.repeat(np.arange(40), 40)
     candidates = np.tile(np.arange(40), 40)
     major, minor = keys.keys(queries, candidates)

@@ -24,9 +24,6 @@ import math
 import numpy as np
 
 HIGH_BITS = 26
-# Rows converted at once. Each float64 temporary takes 8192 * D * 8 bytes (32 MiB for
-# D = 512).
-_CONVERSION_BLOCK_ROWS = 8192
 
 
 def low_bits_for_dim(dim: int) -> int:
@@ -46,25 +43,27 @@ class ExactDistanceKeys:
     """Exact (major, minor) keys of |x|^2 - 2 q.x for pairs of unit vectors.
 
     Args:
-        unit: float64 array [N, D] of L2-normalised rows (all-zero rows allowed).
+        num_samples: N, the number of rows.
+        dim: D, the number of columns.
 
-    Memory: two int32 arrays [N, D].
+    Fill the rows with `set_rows` before computing keys. Memory: two int32 arrays [N, D].
     """
 
-    def __init__(self, unit: np.ndarray):
-        num_samples, dim = unit.shape
+    def __init__(self, num_samples: int, dim: int):
         self.low_bits = low_bits_for_dim(dim)
-        self._high = np.empty((num_samples, dim), dtype=np.int32)
-        self._low = np.empty((num_samples, dim), dtype=np.int32)
-        for start in range(0, num_samples, _CONVERSION_BLOCK_ROWS):
-            scaled = unit[start : start + _CONVERSION_BLOCK_ROWS] * 2.0**HIGH_BITS
-            high = np.rint(scaled)
-            # scaled - high is exact because high is the integer nearest to scaled.
-            self._low[start : start + _CONVERSION_BLOCK_ROWS] = np.rint(
-                (scaled - high) * 2.0**self.low_bits
-            )
-            self._high[start : start + _CONVERSION_BLOCK_ROWS] = high
-        self._nonzero = np.any(unit != 0, axis=1)
+        self._high = np.zeros((num_samples, dim), dtype=np.int32)
+        self._low = np.zeros((num_samples, dim), dtype=np.int32)
+        self._nonzero = np.zeros(num_samples, dtype=bool)
+
+    def set_rows(self, start: int, unit_rows: np.ndarray) -> None:
+        """Store L2-normalised float64 rows [n, D] (all-zero rows allowed) from row `start` on."""
+        stop = start + unit_rows.shape[0]
+        scaled = unit_rows * 2.0**HIGH_BITS
+        high = np.rint(scaled)
+        # scaled - high is exact because high is the integer nearest to scaled.
+        self._low[start:stop] = np.rint((scaled - high) * 2.0**self.low_bits)
+        self._high[start:stop] = high
+        self._nonzero[start:stop] = np.any(unit_rows != 0, axis=1)
 
     @staticmethod
     def _integer_dot(left: np.ndarray, right: np.ndarray) -> np.ndarray:

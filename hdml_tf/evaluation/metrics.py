@@ -195,8 +195,8 @@ def evaluate_embeddings(
         backend: "faiss", "tensorflow" or "auto" (faiss when importable). Neighbours,
             hence the retrieval metrics, are identical for both; k-means differs
             (faiss.Kmeans or scikit-learn KMeans).
-        query_chunk_size: queries searched at once. None picks about 256 MiB of
-            working memory per chunk, and at least 4096 queries with faiss.
+        query_chunk_size: queries searched at once. None picks a 256 MiB float32
+            distance block with TensorFlow, and 2**21 candidates (chunk * m) with faiss.
 
     Returns:
         Flat dict of Python floats in [0, 1]: "recall@K" for each K, "map@r",

@@ -47,19 +47,22 @@ from hdml_tf.evaluation.exact_keys import ExactDistanceKeys
 # Largest embedding dimension. The exact keys stay exact well beyond it, with
 # 16 low bits at this size.
 MAX_DIM = 2**20
-# Default byte budget of one query chunk: the TensorFlow float32 distance block
-# [chunk, N], or the candidate arrays [chunk, m] (about 48 bytes per entry).
+# Default byte budget of the TensorFlow float32 distance block [chunk, N].
 DEFAULT_CHUNK_BYTES = 256 * 2**20
-# Smallest faiss chunk: searches of 1024 queries took about 2x longer per query than
-# searches of 4096 or 8192 (faiss-cpu 1.15.1, 60,502 x 512 embeddings, 2 cores).
-_MIN_FAISS_CHUNK = 4096
-# Bytes per candidate entry in _resolve_order: float32 and float64 distances, int64
-# indices and groups, and a few boolean masks.
-_BYTES_PER_CANDIDATE = 48
+# Default number of candidate entries (chunk * m) per faiss chunk, so that each
+# float64 or int64 array [chunk, m] takes 16 MiB and the allocator can reuse it for
+# the next chunk. On 60,502 x 512 embeddings, faiss searched as fast per query with
+# 1024 as with 8192 queries per call (faiss-cpu 1.15.1, 2 cores).
+_FAISS_CHUNK_CANDIDATES = 2**21
+# Rows of a chunk whose candidates also calibrate tol (every 8th).
+_PROBE_ROW_STEP = 8
+# Rows normalised at once when the search is set up (16 MiB of float64 for D = 512).
+_NORMALIZE_BLOCK_ROWS = 4096
 # Candidate list length m = k + 1 + max(_MIN_EXTRA_CANDIDATES, (k + 1) // 32).
 _MIN_EXTRA_CANDIDATES = 16
-# Number of (query, candidate) pairs whose exact key is computed at once.
-_EXACT_BLOCK_PAIRS = 32768
+# Number of (query, candidate) pairs whose exact key is computed at once; it keeps
+# the gathered float64 rows at 8 MiB for D = 512.
+_EXACT_BLOCK_PAIRS = 2048
 
 
 def l2_normalize(embeddings: np.ndarray) -> np.ndarray:
@@ -111,17 +114,15 @@ def check_embeddings(embeddings) -> np.ndarray:
 
 
 def default_query_chunk_size(num_samples: int, num_candidates: int, backend: str) -> int:
-    """Return the number of queries searched at once so that one chunk fits DEFAULT_CHUNK_BYTES.
+    """Return the default number of queries searched at once.
 
-    tensorflow: the [chunk, N] float32 distance block. faiss: the [chunk, m] candidate
-    arrays, with at least _MIN_FAISS_CHUNK queries.
+    tensorflow: the [chunk, N] float32 distance block fits DEFAULT_CHUNK_BYTES. faiss:
+    the candidate arrays [chunk, m] have _FAISS_CHUNK_CANDIDATES entries.
     """
     if backend == "tensorflow":
         chunk = DEFAULT_CHUNK_BYTES // (4 * num_samples)
     else:
-        chunk = max(
-            _MIN_FAISS_CHUNK, DEFAULT_CHUNK_BYTES // (_BYTES_PER_CANDIDATE * num_candidates)
-        )
+        chunk = _FAISS_CHUNK_CANDIDATES // num_candidates
     return int(max(1, min(num_samples, chunk)))
 
 
@@ -189,17 +190,20 @@ class ExactNeighbourSearch:
         self.backend = _backend.resolve_backend(backend)
         self.num_samples, self.dim = array.shape
 
-        unit = l2_normalize(array)
-        self.unit_embeddings = np.ascontiguousarray(unit, dtype=np.float32)
-        self._exact_keys = ExactDistanceKeys(unit)
-        del unit
+        self.unit_embeddings = np.empty((self.num_samples, self.dim), dtype=np.float32)
+        self._exact_keys = ExactDistanceKeys(self.num_samples, self.dim)
+        for start in range(0, self.num_samples, _NORMALIZE_BLOCK_ROWS):
+            unit = l2_normalize(array[start : start + _NORMALIZE_BLOCK_ROWS])
+            self.unit_embeddings[start : start + unit.shape[0]] = unit
+            self._exact_keys.set_rows(start, unit)
 
         # Starting bound on |float32 distance - exact distance| for unit vectors:
         # 4 * sqrt(D) float32 ulps of 1. _resolve_order raises it when it measures
         # larger errors.
         # NOTE: tol is an empirical bound (at least 4 times the largest error measured
-        # on sampled candidates), not a proven one. A pair whose float32 error exceeds
-        # it could be ordered differently by the two backends.
+        # on the resolved groups and on 3 candidates of every 8th query), not a proven
+        # one. A pair whose float32 error exceeds it could be ordered differently by
+        # the two backends.
         self._tol = 4.0 * math.sqrt(self.dim) * 2.0**-24
 
         if self.backend == "faiss":
@@ -254,9 +258,9 @@ class ExactNeighbourSearch:
             distances[unsorted] = np.take_along_axis(distances[unsorted], order, axis=1)
             indices[unsorted] = np.take_along_axis(indices[unsorted], order, axis=1)
 
-        # [calibration probes] first, middle and last candidate of every row.
+        # [calibration probes] first, middle and last candidate of every 8th row.
         probe = np.zeros((num_rows, m), dtype=bool)
-        probe[:, [0, m // 2, m - 1]] = True
+        probe[::_PROBE_ROW_STEP, [0, m // 2, m - 1]] = True
         row_ids = np.arange(num_rows)[:, None]
 
         while True:
@@ -432,8 +436,8 @@ def embeddings_to_neighbours(
         k: neighbours per sample, 1 <= k <= N - 1.
         backend: "faiss", "tensorflow" or "auto" (faiss when importable). Both give
             identical results.
-        query_chunk_size: queries searched at once. None picks about 256 MiB of
-            working memory per chunk, and at least 4096 queries with faiss.
+        query_chunk_size: queries searched at once. None picks a 256 MiB float32
+            distance block with TensorFlow, and 2**21 candidates (chunk * m) with faiss.
 
     Returns:
         int64 array [N, k]; row i lists neighbour indices of sample i, nearest first.
