@@ -156,9 +156,9 @@ class HDMLModel(keras.Model):
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # NOTE: overrides a private Keras 3.15 hook. Every variable, the optimisers' slots
-        # included, exists after __init__, so Keras' symbolic build has nothing to build;
-        # skipping it saves reading a batch, which under MultiWorkerMirroredStrategy
-        # also fails (Keras all-reduces that batch with an eager reduce).
+        # included, exists after __init__, so Keras' symbolic build has nothing to build.
+        # Skipping it also avoids reading a batch, which fails under
+        # MultiWorkerMirroredStrategy because Keras all-reduces that batch eagerly.
         del iterator, data_batch
 
     @property

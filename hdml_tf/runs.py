@@ -43,7 +43,7 @@ def read_run_config(model_dir):
 
 
 def check_resumable(model_dir, run_config):
-    """Raise RunConfigError if `model_dir` holds a run with another architecture."""
+    """Raise RunConfigError if `model_dir` contains a run with another architecture."""
     path = os.path.join(model_dir, RUN_CONFIG)
     if not os.path.isfile(path):
         return
@@ -55,7 +55,7 @@ def check_resumable(model_dir, run_config):
     ]
     if changed:
         raise RunConfigError(
-            f"--model_dir={model_dir} holds a run with another architecture ({'; '.join(changed)}): "
+            f"--model_dir={model_dir} contains a run with another architecture ({'; '.join(changed)}): "
             f"use a new --model_dir or the run's settings"
         )
 

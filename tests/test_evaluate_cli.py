@@ -39,7 +39,8 @@ def test_run_and_saved_model_give_same_metrics_and_grid(tmp_path):
         assert "recall@1" in result.stdout
         outputs[name] = json.loads(output.read_text())
         grid = Image.open(output.with_suffix(".png"))
-        assert grid.size[0] > 400 and grid.size[1] > 400
+        assert grid.size[0] > 400
+        assert grid.size[1] > 400
         pixels = np.asarray(grid.convert("RGB")).reshape(-1, 3)
         green_frames = np.sum((pixels[:, 1] > 120) & (pixels[:, 0] < 80) & (pixels[:, 2] < 100))
         red_frames = np.sum((pixels[:, 0] > 180) & (pixels[:, 1] < 80) & (pixels[:, 2] < 80))

@@ -92,7 +92,8 @@ def test_train_writes_metrics_and_resumes(tmp_path):
     second = run_train(*QUICK, f"--model_dir={model_dir}", "--batch_size=4", "--max_steps=6",
                        "--eval_every_steps=2", "--checkpoint_every_steps=2")
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "Resumed from" in second.stderr and "at step 4" in second.stderr
+    assert "Resumed from" in second.stderr
+    assert "at step 4" in second.stderr
     assert json.loads((model_dir / "metrics.json").read_text())["step"] == 6
 
     changed = run_train(*QUICK, f"--model_dir={model_dir}", "--batch_size=4", "--max_steps=8",
