@@ -1,4 +1,4 @@
-"""`python -m hdml_tf.evaluate` on a training run and on its exported SavedModel."""
+"""`python -m hdml_tf.evaluate` on a training run and on its exported SavedModel and ONNX file."""
 
 import json
 import os
@@ -20,7 +20,7 @@ def run_module(*args):
     return result
 
 
-def test_run_and_saved_model_give_same_metrics_and_grid(tmp_path):
+def test_run_saved_model_and_onnx_give_same_metrics_and_grid(tmp_path):
     model_dir = tmp_path / "run"
     trained = run_module("hdml_tf.train", "--dataset=fashion_mnist", f"--model_dir={model_dir}", "--image_size=64",
                          "--embedding_size=16", "--batch_size=4", "--max_steps=2", "--eval_max_images=100")
@@ -29,9 +29,14 @@ def test_run_and_saved_model_give_same_metrics_and_grid(tmp_path):
                                f"--export_base={tmp_path / 'exported'}"], cwd=REPO, capture_output=True, text=True,
                               timeout=900)
     assert exported.returncode == 0, exported.stderr[-3000:]
+    onnx_path = tmp_path / "embedder.onnx"
+    exported = subprocess.run([sys.executable, "tools/export_onnx.py", f"--model_dir={model_dir}",
+                               f"--output={onnx_path}"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert exported.returncode == 0, exported.stderr[-3000:]
 
     outputs = {}
-    for name, model in (("run", model_dir), ("saved_model", tmp_path / "exported" / "run")):
+    models = (("run", model_dir), ("saved_model", tmp_path / "exported" / "run"), ("onnx", onnx_path))
+    for name, model in models:
         output = tmp_path / f"{name}.json"
         result = run_module("hdml_tf.evaluate", f"--model={model}", "--dataset=fashion_mnist", "--max_images=300",
                             f"--output={output}", "--grid_queries=6", "--grid_k=4")
@@ -48,6 +53,7 @@ def test_run_and_saved_model_give_same_metrics_and_grid(tmp_path):
 
     for key in ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi", "f1"):
         assert outputs["run"][key] == pytest.approx(outputs["saved_model"][key], abs=1e-3), key
+        assert outputs["run"][key] == pytest.approx(outputs["onnx"][key], abs=1e-3), key
 
 
 def test_missing_model_is_clear_error(tmp_path):
