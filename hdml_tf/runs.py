@@ -26,11 +26,21 @@ class RunConfigError(ValueError):
     """Raised when a model directory's configuration is missing or conflicts with the flags."""
 
 
-def make_run_config(config, backbone, image_size, dataset):
-    """Return the JSON-serialisable description of a run."""
+def make_run_config(config, backbone, image_size, dataset, data_dir=None, test_class_fraction=None):
+    """Return the JSON-serialisable description of a run.
+
+    `data_dir` (stored as an absolute path) and `test_class_fraction` let evaluation find
+    the run's data and its held-out classes again; None means the loader's default.
+    """
     run_config = dataclasses.asdict(config)
     run_config["lr_decay_steps"] = list(config.lr_decay_steps)
-    run_config.update(backbone=backbone, image_size=image_size, dataset=dataset)
+    run_config.update(
+        backbone=backbone,
+        image_size=image_size,
+        dataset=dataset,
+        data_dir=os.path.abspath(data_dir) if data_dir else None,
+        test_class_fraction=test_class_fraction,
+    )
     return run_config
 
 
@@ -43,10 +53,19 @@ def read_run_config(model_dir):
 
 
 def check_resumable(model_dir, run_config):
-    """Raise RunConfigError if `model_dir` contains a run with another architecture."""
+    """Compare the flags' run configuration with the one stored in `model_dir`.
+
+    Raises:
+        RunConfigError: the stored run has another architecture (ARCHITECTURE_KEYS).
+
+    Returns:
+        A list of "key: old -> new" strings, one per other key that changed. Settings
+        such as --image_size or --alpha may change on resume. The list is empty for a
+        new run.
+    """
     path = os.path.join(model_dir, RUN_CONFIG)
     if not os.path.isfile(path):
-        return
+        return []
     previous = read_run_config(model_dir)
     changed = [
         f"{key}: {previous.get(key)!r} in the run, {run_config[key]!r} now"
@@ -58,6 +77,12 @@ def check_resumable(model_dir, run_config):
             f"--model_dir={model_dir} contains a run with another architecture ({'; '.join(changed)}): "
             f"use a new --model_dir or the run's settings"
         )
+    return [
+        f"{key}: {previous.get(key)!r} -> {value!r}"
+        for key, value in run_config.items()
+        # Keys missing from runs of older versions are not reported as changes.
+        if key in previous and previous[key] != value
+    ]
 
 
 def model_config_from_run(run_config):

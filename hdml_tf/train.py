@@ -96,6 +96,14 @@ def validate_flags():
     for name in positive:
         if FLAGS[name].value <= 0:
             raise UsageError(f"--{name}={FLAGS[name].value} must be a positive integer")
+    if FLAGS.eval_max_images is not None and FLAGS.eval_max_images < 2:
+        raise UsageError(
+            f"--eval_max_images={FLAGS.eval_max_images} must be at least 2 (every query needs another image)"
+        )
+    if FLAGS.alpha <= 0:
+        raise UsageError(f"--alpha={FLAGS.alpha} must be positive: lambda = exp(-alpha / J_avg) must stay below 1")
+    if FLAGS.beta < 0:
+        raise UsageError(f"--beta={FLAGS.beta} must be 0 or more")
     if FLAGS.max_steps < 0:
         raise UsageError(f"--max_steps={FLAGS.max_steps} must be 0 (evaluate only) or more")
     for name in ("lr", "lr_gen", "lr_cls"):
@@ -126,11 +134,15 @@ def validate_flags():
 
 
 def main(argv):
-    del argv
-    # Imported here so that `--help` and flag errors do not wait for TensorFlow.
+    # Imported here: flag parsing and `--help` do not need Keras or the model code.
     from hdml_tf import trainer
 
     try:
+        if len(argv) > 1:
+            raise UsageError(
+                f"unexpected argument {argv[1]!r}: every setting is a flag such as --model_dir=DIR "
+                f"(see --helpfull)"
+            )
         recall_ks, decay_steps = validate_flags()
         trainer.run(FLAGS, recall_ks=recall_ks, lr_decay_steps=decay_steps)
     except trainer.TrainingInterrupted as interruption:
@@ -139,7 +151,6 @@ def main(argv):
         # an interrupted run from a finished one.
         sys.exit(128 + interruption.signal_number)
     except (UsageError, *trainer.USER_ERRORS) as error:
-        logging.error("%s", error)
         print(f"hdml_tf.train: error: {error}", file=sys.stderr)
         sys.exit(2)
 

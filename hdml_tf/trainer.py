@@ -30,6 +30,7 @@ USER_ERRORS = (
     data_lib.BadImageError,
     data_lib.BatchLayoutError,
     data_lib.DatasetCountError,
+    data_lib.DatasetFileError,
     data_lib.DatasetNotFoundError,
     data_lib.UnsafeArchiveError,
     runs.RunConfigError,
@@ -42,6 +43,8 @@ USER_ERRORS = (
 
 
 def _prepare_model_dir(model_dir):
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise ModelDirError(f"--model_dir={model_dir} is a file, not a folder: choose a folder path")
     try:
         os.makedirs(model_dir, exist_ok=True)
         probe = os.path.join(model_dir, ".write_test")
@@ -92,6 +95,7 @@ class Evaluator:
     def __init__(self, model, strategy, test_split, flags_values, recall_ks):
         self.model = model
         self.strategy = strategy
+        self.test_split = test_split
         self.dataset = data_lib.make_eval_dataset(
             test_split, flags_values.image_size, flags_values.eval_batch_size, limit=flags_values.eval_max_images
         )
@@ -102,8 +106,12 @@ class Evaluator:
 
     def __call__(self, step):
         started = time.perf_counter()
-        with self.strategy.scope():
-            embeddings, labels = embed_dataset(self.model.embed, self.dataset)
+        try:
+            with self.strategy.scope():
+                embeddings, labels = embed_dataset(self.model.embed, self.dataset)
+        except tf.errors.InvalidArgumentError as error:
+            # An image passed the load-time check but does not decode, so find and name it.
+            data_lib.raise_undecodable_image_error(self.test_split, error, split_name="test")
         metrics = evaluation.evaluate_embeddings(embeddings, labels, recall_ks=self.recall_ks, seed=self.seed)
         record = {"step": int(step), **{name: float(value) for name, value in metrics.items()}}
         callbacks_lib.write_json_atomic(os.path.join(self.model_dir, "metrics.json"), record)
@@ -118,6 +126,38 @@ class Evaluator:
             step, len(labels), time.perf_counter() - started, evaluation.format_metrics_table(metrics),
         )
         return record
+
+
+def _finished_run(model_dir, manager, evaluator, step, max_steps, is_chief, settings_changed):
+    """Finish a run that is already at --max_steps.
+
+    A run without a checkpoint (--max_steps=0) saves its untrained weights, so that they
+    can be evaluated and exported. The run is evaluated unless metrics.json already
+    contains this step's evaluation and no setting changed since.
+    """
+    if manager.latest_checkpoint is None:
+        manager.save(checkpoint_number=step)
+        logging.info("Saved the untrained model as %s", manager.latest_checkpoint)
+    if not is_chief:
+        return None
+    previous = _read_metrics(model_dir)
+    if previous is not None and previous.get("step") == step and not settings_changed:
+        logging.info(
+            "Step %d reached --max_steps=%d and was already evaluated (%s):\n%s",
+            step, max_steps, os.path.join(model_dir, "metrics.json"),
+            evaluation.format_metrics_table({key: value for key, value in previous.items() if key != "step"}),
+        )
+        return previous
+    logging.info("Step %d reached --max_steps=%d: evaluating only", step, max_steps)
+    return evaluator(step)
+
+
+def _read_metrics(model_dir):
+    try:
+        with open(os.path.join(model_dir, "metrics.json")) as stream:
+            return json.load(stream)
+    except (OSError, ValueError):
+        return None
 
 
 def run(flags_values, recall_ks, lr_decay_steps):
@@ -175,8 +215,20 @@ def _run_locked(flags_values, recall_ks, lr_decay_steps, is_chief, own_dir):
         )
 
     config = _model_config(flags_values, splits.train.num_classes, lr_decay_steps)
-    run_config = runs.make_run_config(config, flags_values.backbone, flags_values.image_size, flags_values.dataset)
-    runs.check_resumable(model_dir, run_config)
+    run_config = runs.make_run_config(
+        config,
+        flags_values.backbone,
+        flags_values.image_size,
+        flags_values.dataset,
+        data_dir=flags_values.data_dir,
+        test_class_fraction=flags_values.test_class_fraction if flags_values.dataset == "image_folder" else None,
+    )
+    changed_settings = runs.check_resumable(model_dir, run_config)
+    if changed_settings:
+        logging.warning(
+            "Resuming %s with settings that differ from its run_config.json, which is updated to the new ones: %s",
+            model_dir, "; ".join(changed_settings),
+        )
 
     with strategy.scope():
         keras.utils.set_random_seed(flags_values.seed)
@@ -205,15 +257,16 @@ def _run_locked(flags_values, recall_ks, lr_decay_steps, is_chief, own_dir):
             )
 
     run_config_path = os.path.join(model_dir, runs.RUN_CONFIG)
-    if is_chief and not os.path.exists(run_config_path):
+    if is_chief and (changed_settings or not os.path.exists(run_config_path)):
         callbacks_lib.write_json_atomic(run_config_path, run_config)
 
     evaluator = Evaluator(model, strategy, splits.test, flags_values, recall_ks) if is_chief else None
     start_step = int(model.step_counter.numpy())
     remaining = flags_values.max_steps - start_step
     if remaining <= 0:
-        logging.info("Step %d reached --max_steps=%d: evaluating only", start_step, flags_values.max_steps)
-        return evaluator(start_step) if is_chief else None
+        return _finished_run(
+            model_dir, manager, evaluator, start_step, flags_values.max_steps, is_chief, bool(changed_settings)
+        )
 
     def dataset_fn(input_context):
         # Each input pipeline (one per worker) feeds its local replicas their contiguous
@@ -241,7 +294,12 @@ def _run_locked(flags_values, recall_ks, lr_decay_steps, is_chief, own_dir):
     if is_chief:
         run_callbacks.append(callbacks_lib.PeriodicEvaluation(evaluator, flags_values.eval_every_steps, monitor))
     logging.info("Training from step %d to %d", start_step, flags_values.max_steps)
-    model.fit(dataset, epochs=1, steps_per_epoch=remaining, callbacks=run_callbacks, verbose=0)
+    try:
+        model.fit(dataset, epochs=1, steps_per_epoch=remaining, callbacks=run_callbacks, verbose=0)
+    except tf.errors.InvalidArgumentError as error:
+        # An image passed the load-time check but does not decode, so find and name it.
+        # The latest periodic checkpoint is kept, so the run resumes once the file is fixed.
+        data_lib.raise_undecodable_image_error(splits.train, error, split_name="training")
     if monitor.error is not None:
         raise monitor.error
     if graceful_stop.stopped_at_step is not None:

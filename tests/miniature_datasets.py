@@ -246,3 +246,21 @@ def write_sop(data_dir, train_classes=SOP_TRAIN_CLASSES, test_classes=SOP_TEST_C
     with open(os.path.join(folder, "Ebay_info.txt"), "w") as stream:
         stream.write("\n".join([header, *lines["train"], *lines["test"]]) + "\n")
     return records
+
+
+def write_damaged_jpeg(path):
+    """Write a noisy JPEG to `path` and overwrite part of its entropy-coded data, keeping SOI and EOI.
+
+    The overwritten bytes end in FF 82, a marker that libjpeg rejects inside the scan.
+    """
+    pixels = np.random.default_rng(7).integers(0, 256, size=(48, 48, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    data = bytearray(buffer.getvalue())
+    start_of_scan = data.index(b"\xff\xda")
+    scan_data = start_of_scan + 2 + int.from_bytes(data[start_of_scan + 2 : start_of_scan + 4], "big")
+    end_of_image = data.rindex(b"\xff\xd9")
+    middle = (scan_data + end_of_image) // 2
+    data[middle : middle + 16] = b"\xff" * 15 + b"\x82"
+    with open(path, "wb") as stream:
+        stream.write(bytes(data))

@@ -1,5 +1,6 @@
 """Dataset loaders on miniature copies of the official CUB-200-2011, Cars196 and SOP layouts."""
 
+import gzip
 import io
 import logging
 import os
@@ -11,11 +12,12 @@ import zipfile
 import numpy as np
 import pytest
 import scipy.io
+import tensorflow as tf
 from PIL import Image
 
 import miniature_datasets as mini
 from hdml_tf import data as data_lib
-from hdml_tf.data import cars196, cub, files, image_folder, sop, tfds_export
+from hdml_tf.data import cars196, cub, fashion_mnist, files, image_folder, sop, tfds_export
 from hdml_tf.data.pipeline import make_eval_dataset
 
 # JPEG compression and resizing move a solid color by a few levels; this allows for it.
@@ -353,7 +355,8 @@ def test_cub_bad_entry_raises_naming_file(tmp_path, case):
     assert name in message
     assert reason in message
     assert "1 of the" in message
-    assert "--skip_bad_images" in message
+    assert "Replace these files with the ones from the official archive, or pass --skip_bad_images" in message
+    assert "skip_bad_images=True" not in message
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -611,10 +614,23 @@ def test_image_folder_train_test_layout(tmp_path):
     assert all("/train/" in path for path in splits.train.paths)
 
 
-def test_image_folder_only_train_folder_raises(tmp_path):
-    _write_class_folders(str(tmp_path / "train"), ["cat", "ant"])
-    with pytest.raises(ValueError, match="no test/ folder"):
+@pytest.mark.parametrize("present, missing", [("train", "test"), ("test", "train")])
+def test_image_folder_one_split_folder_raises(tmp_path, present, missing):
+    _write_class_folders(str(tmp_path / present), ["cat", "ant"])
+    with pytest.raises(data_lib.DatasetFileError) as error:
         image_folder.load_image_folder(str(tmp_path))
+    message = str(error.value)
+    assert f"{tmp_path} has a {present}/ folder but no {missing}/ folder" in message
+    assert f"add {missing}/ with its own class folders" in message
+
+
+def test_image_folder_single_class_raises(tmp_path):
+    _write_class_folders(str(tmp_path), ["cat"])
+    with pytest.raises(data_lib.DatasetFileError) as error:
+        image_folder.load_image_folder(str(tmp_path))
+    message = str(error.value)
+    assert f"{tmp_path} has only one class folder, cat/" in message
+    assert "needs at least 2" in message
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.5, 1.5])
@@ -628,15 +644,19 @@ def test_split_classes_rounds_and_keeps_both_sides():
     assert image_folder.split_classes(["a", "b", "c", "d"], 0.5) == (["a", "b"], ["c", "d"])
     assert image_folder.split_classes(["a", "b", "c"], 0.01) == (["a", "b"], ["c"])
     assert image_folder.split_classes(["a", "b", "c"], 0.99) == (["a"], ["b", "c"])
-    with pytest.raises(ValueError, match="at least 2 class folders"):
+    with pytest.raises(data_lib.DatasetFileError, match="at least 2 class folders"):
         image_folder.split_classes(["a"], 0.5)
 
 
 def test_image_folder_corrupt_image(tmp_path):
     _write_class_folders(str(tmp_path), ["a", "b", "c", "d"])
     (tmp_path / "c" / "image0.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
-    with pytest.raises(data_lib.BadImageError, match="image0.png: truncated PNG"):
+    with pytest.raises(data_lib.BadImageError) as error:
         image_folder.load_image_folder(str(tmp_path))
+    message = str(error.value)
+    assert f"{tmp_path / 'c' / 'image0.png'}: truncated PNG" in message
+    assert "Remove or replace these files, or pass --skip_bad_images to leave them out." in message
+    assert "official" not in message
     splits = image_folder.load_image_folder(str(tmp_path), skip_bad_images=True)
     assert len(splits.test) == 3
 
@@ -675,6 +695,107 @@ def test_loaded_images_decode_in_pipeline(tmp_path, make):
     colors = {record.path: record.color for record in records}
     _assert_decodes_to_colors(splits.train, colors)
     _assert_decodes_to_colors(splits.test, colors)
+
+
+# === Damaged image data, found only by decoding ===
+
+
+def _folder_with_damaged_jpegs(tmp_path, damaged_names):
+    """Write an image folder of classes a-d, then a damaged JPEG at each relative path of `damaged_names`.
+
+    Classes c and d become the test classes. Returns the loaded splits and the damaged paths.
+    """
+    _write_class_folders(str(tmp_path), ["a", "b", "c", "d"], per_class=3)
+    damaged = []
+    for name in damaged_names:
+        path = str(tmp_path / name)
+        mini.write_damaged_jpeg(path)
+        damaged.append(path)
+    return image_folder.load_image_folder(str(tmp_path)), damaged
+
+
+def _pipeline_error(split):
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        _decode(split)
+    return error.value
+
+
+def test_damaged_jpeg_fails_only_decoding(tmp_path):
+    mini.write_damaged_jpeg(str(tmp_path / "damaged.jpg"))
+    assert files.check_image_file(str(tmp_path / "damaged.jpg"), os.path.realpath(tmp_path)) is None
+    with pytest.raises(tf.errors.InvalidArgumentError, match="jpeg::Uncompress failed"):
+        tf.io.decode_image(tf.io.read_file(str(tmp_path / "damaged.jpg")), channels=3, expand_animations=False)
+
+
+def test_find_undecodable_names_damaged_file(tmp_path):
+    splits, damaged = _folder_with_damaged_jpegs(tmp_path, ["c/damaged0.jpg"])
+    assert data_lib.find_undecodable_images(splits.train) == {}
+    failures = data_lib.find_undecodable_images(splits.test)
+    assert list(failures) == damaged
+    assert failures[damaged[0]].startswith("jpeg::Uncompress failed")
+    assert "{{function_node" not in failures[damaged[0]]
+    assert "[Op:" not in failures[damaged[0]]
+
+
+def test_find_undecodable_limit_keeps_split_order(tmp_path):
+    splits, damaged = _folder_with_damaged_jpegs(tmp_path, ["d/damaged2.jpg", "c/damaged0.jpg"])
+    ordered = sorted(damaged, key=splits.test.paths.tolist().index)
+    assert list(data_lib.find_undecodable_images(splits.test)) == ordered
+    assert list(data_lib.find_undecodable_images(splits.test, limit=1)) == ordered[:1]
+    with pytest.raises(ValueError, match="limit=0 is invalid"):
+        data_lib.find_undecodable_images(splits.test, limit=0)
+
+
+def test_find_undecodable_lists_deleted_file(tmp_path):
+    splits, _ = _folder_with_damaged_jpegs(tmp_path, [])
+    deleted = splits.train.paths[1]
+    os.remove(deleted)
+    failures = data_lib.find_undecodable_images(splits.train)
+    assert list(failures) == [deleted]
+    assert deleted in failures[deleted]
+
+
+def test_find_undecodable_in_memory_split_is_empty():
+    split = data_lib.Split(labels=[0, 1], class_names=["a", "b"], images=np.zeros((2, 4, 4, 1), np.uint8))
+    assert data_lib.find_undecodable_images(split) == {}
+
+
+def test_pipeline_error_becomes_bad_image_error(tmp_path):
+    splits, damaged = _folder_with_damaged_jpegs(tmp_path, ["c/damaged0.jpg"])
+    pipeline_error = _pipeline_error(splits.test)
+    assert damaged[0] not in str(pipeline_error)
+
+    with pytest.raises(data_lib.BadImageError) as error:
+        data_lib.raise_undecodable_image_error(splits.test, pipeline_error, split_name="test")
+    message = str(error.value)
+    assert "1 image file of the test split fails to decode" in message
+    assert f"{damaged[0]}: jpeg::Uncompress failed" in message
+    assert "--skip_bad_images does not leave them out. Remove or replace them." in message
+    assert "more may follow" not in message
+    assert error.value.__cause__ is pipeline_error
+
+
+def test_bad_image_error_stops_at_limit(tmp_path):
+    splits, damaged = _folder_with_damaged_jpegs(tmp_path, ["c/damaged0.jpg", "c/damaged1.jpg", "d/damaged0.jpg"])
+    with pytest.raises(data_lib.BadImageError) as error:
+        data_lib.raise_undecodable_image_error(splits.test, _pipeline_error(splits.test), limit=2)
+    message = str(error.value)
+    assert "2 image files fail to decode" in message
+    assert sum(path in message for path in damaged) == 2
+    assert "The search stopped after 2 files, so more may follow." in message
+
+
+def test_pipeline_error_reraised_when_files_decode(tmp_path):
+    splits, _ = _folder_with_damaged_jpegs(tmp_path, [])
+    other_error = tf.errors.InvalidArgumentError(None, None, "shapes do not match")
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        data_lib.raise_undecodable_image_error(splits.train, other_error)
+    assert error.value is other_error
+
+    in_memory = data_lib.Split(labels=[0], class_names=["a"], images=np.zeros((1, 4, 4, 3), np.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        data_lib.raise_undecodable_image_error(in_memory, other_error)
+    assert error.value is other_error
 
 
 # === tensorflow-datasets export (with a stand-in for the builder) ===
@@ -762,6 +883,153 @@ def test_sop_download_keeps_official_split(tmp_path, monkeypatch):
     assert splits.train.class_names == ["1", "2"]
     assert splits.train.labels.tolist() == [0, 1, 1]
     assert splits.test.class_names == ["11319"]
+
+
+# === Fashion-MNIST files ===
+
+
+def _idx_bytes(array):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(size.to_bytes(4, "big") for size in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def _fashion_path(folder, key, suffix=".gz"):
+    return str(folder / (fashion_mnist.FILES[key] + suffix))
+
+
+def _write_gzip(path, data):
+    with gzip.open(path, "wb") as stream:
+        stream.write(data)
+
+
+def _write_fashion_mnist(folder, num_train=30, num_test=20):
+    """Write the four IDX files, gzip-compressed, with random 4x5 images and labels 0-9 in turn."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, count in (("train", num_train), ("test", num_test)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, size=(count, 4, 5), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(count) % 10).astype(np.uint8)
+    for key, array in arrays.items():
+        _write_gzip(_fashion_path(folder, key), _idx_bytes(array))
+    return arrays
+
+
+def test_fashion_mnist_reads_class_disjoint_splits(tmp_path):
+    arrays = _write_fashion_mnist(tmp_path)
+    splits = data_lib.load_dataset("fashion_mnist", data_dir=str(tmp_path))
+
+    train_keep = arrays["train_labels"] < 5
+    np.testing.assert_array_equal(splits.train.images[..., 0], arrays["train_images"][train_keep])
+    np.testing.assert_array_equal(splits.train.labels, arrays["train_labels"][train_keep])
+    assert splits.train.class_names == ["t-shirt/top", "trouser", "pullover", "dress", "coat"]
+
+    test_keep = arrays["test_labels"] >= 5
+    np.testing.assert_array_equal(splits.test.images[..., 0], arrays["test_images"][test_keep])
+    np.testing.assert_array_equal(splits.test.labels, arrays["test_labels"][test_keep] - 5)
+    assert splits.test.class_names == ["sandal", "shirt", "sneaker", "bag", "ankle boot"]
+
+
+def _damage_fashion_mnist(folder, case):
+    """Damage one file of a miniature Fashion-MNIST folder in the way named by `case`.
+
+    Returns the paths that the error message must name and a part of the message.
+    """
+    images = _fashion_path(folder, "train_images")
+    labels = _fashion_path(folder, "train_labels")
+
+    if case == "random_bytes":
+        with open(images, "wb") as stream:
+            stream.write(np.random.default_rng(1).integers(0, 256, size=500, dtype=np.uint8).tobytes())
+        return [images], "is not a valid gzip file"
+
+    if case == "truncated_gzip":
+        with open(images, "rb") as stream:
+            data = stream.read()
+        with open(images, "wb") as stream:
+            stream.write(data[: len(data) // 2])
+        return [images], "is a truncated gzip file"
+
+    if case == "damaged_gzip":
+        with open(images, "rb") as stream:
+            data = bytearray(stream.read())
+        data[20:40] = b"\xff" * 20
+        with open(images, "wb") as stream:
+            stream.write(bytes(data))
+        return [images], "has damaged gzip data"
+
+    if case == "not_idx":
+        _write_gzip(images, b"<html>404 Not Found</html>")
+        return [images], "is not an IDX file of unsigned bytes: it starts with 3c 68 74 6d"
+
+    if case == "header_only":
+        _write_gzip(images, bytes([0, 0, 0x08, 3, 0, 0]))
+        return [images], "header declares 3 dimensions but the file has only 6 bytes"
+
+    if case == "truncated_idx":
+        with gzip.open(images, "rb") as stream:
+            data = stream.read()
+        _write_gzip(images, data[:-7])
+        return [images], "is truncated or corrupt: its header declares shape (30, 4, 5), which is 600 bytes"
+
+    if case == "truncated_plain":
+        with gzip.open(images, "rb") as stream:
+            data = stream.read()
+        os.remove(images)
+        plain = _fashion_path(folder, "train_images", suffix="")
+        with open(plain, "wb") as stream:
+            stream.write(data[:-7])
+        return [plain], "is truncated or corrupt"
+
+    if case == "test_labels_copied":
+        shutil.copyfile(_fashion_path(folder, "test_labels"), labels)
+        return [images, labels], "has 30 images but"
+
+    if case == "labels_as_images":
+        shutil.copyfile(labels, images)
+        return [images], "has shape (30,), but an image file has 3 dimensions"
+
+    if case == "label_out_of_range":
+        _write_gzip(labels, _idx_bytes(np.full(30, 12, dtype=np.uint8)))
+        return [labels], "contains the label 12, but Fashion-MNIST labels lie in 0-9"
+
+    raise ValueError(case)
+
+
+FASHION_MNIST_DAMAGE = [
+    "random_bytes", "truncated_gzip", "damaged_gzip", "not_idx", "header_only", "truncated_idx", "truncated_plain",
+    "test_labels_copied", "labels_as_images", "label_out_of_range",
+]
+
+
+@pytest.mark.parametrize("case", FASHION_MNIST_DAMAGE)
+def test_fashion_mnist_damaged_file_names_it(tmp_path, case):
+    _write_fashion_mnist(tmp_path)
+    named_paths, problem = _damage_fashion_mnist(tmp_path, case)
+    with pytest.raises(data_lib.DatasetFileError) as error:
+        data_lib.load_dataset("fashion_mnist", data_dir=str(tmp_path))
+    message = str(error.value)
+    for path in named_paths:
+        assert path in message
+    assert problem in message
+    assert "Replace" in message
+    assert "\n" not in message
+
+
+def test_fashion_mnist_count_mismatch_names_both_files(tmp_path):
+    _write_fashion_mnist(tmp_path)
+    _damage_fashion_mnist(tmp_path, "test_labels_copied")
+    with pytest.raises(data_lib.DatasetFileError) as error:
+        fashion_mnist.load_fashion_mnist(str(tmp_path))
+    images = _fashion_path(tmp_path, "train_images")
+    labels = _fashion_path(tmp_path, "train_labels")
+    assert f"{images} has 30 images but {labels} has 20 labels" in str(error.value)
+
+
+def test_fashion_mnist_missing_file_not_found(tmp_path):
+    _write_fashion_mnist(tmp_path)
+    os.remove(_fashion_path(tmp_path, "test_labels"))
+    with pytest.raises(data_lib.DatasetNotFoundError, match="t10k-labels-idx1-ubyte.gz"):
+        data_lib.load_dataset("fashion_mnist", data_dir=str(tmp_path))
 
 
 # === Registry ===

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cli_helpers import assert_one_line_error
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 IMAGE_SIZE = 64
@@ -46,15 +48,6 @@ def run_tool(script, *arguments):
 
 def run_embed(*arguments):
     return run_command([sys.executable, "-m", "hdml_tf.embed", *arguments])
-
-
-def assert_one_line_error(result, program, *fragments):
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith(f"{program}: error: ")]
-    assert len(error_lines) == 1, result.stderr[-2000:]
-    for fragment in fragments:
-        assert fragment in error_lines[0]
 
 
 def encode(pixels, image_format, **options):
@@ -591,6 +584,11 @@ def test_export_onnx_errors(tmp_path, trained_run):
 
 
 def test_embed_errors(tmp_path, image_folder, onnx_path):
+    garbage_onnx = tmp_path / "garbage.onnx"
+    garbage_onnx.write_bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8).tobytes())
+    damaged_saved_model = tmp_path / "damaged"
+    damaged_saved_model.mkdir()
+    (damaged_saved_model / "saved_model.pb").write_bytes(b"\x00 damaged")
     cases = [
         ([f"--images={image_folder}", f"--output={tmp_path}/e.npz"], ["--model is required"]),
         ([f"--model={tmp_path}/none.onnx", f"--images={image_folder}", f"--output={tmp_path}/e.npz"],
@@ -599,6 +597,10 @@ def test_embed_errors(tmp_path, image_folder, onnx_path):
         ([f"--model={onnx_path}", f"--images={tmp_path}/none", f"--output={tmp_path}/e.npz"], ["does not exist"]),
         ([f"--model={onnx_path}", f"--images={image_folder}", f"--output={tmp_path}/e.csv"], ["must end in .npz or .npy"]),
         ([f"--model={onnx_path}", f"--images={tmp_path}", f"--output={tmp_path}/e.npz"], ["contains no .jpg"]),
+        ([f"--model={garbage_onnx}", f"--images={image_folder}", f"--output={tmp_path}/e.npz"],
+         [f"--model={garbage_onnx} is not a readable ONNX model", "Protobuf"]),
+        ([f"--model={damaged_saved_model}", f"--images={image_folder}", f"--output={tmp_path}/e.npz"],
+         [f"--model={damaged_saved_model} is not a readable SavedModel"]),
     ]
     for arguments, fragments in cases:
         assert_one_line_error(run_embed(*arguments), "hdml_tf.embed", *fragments)

@@ -43,11 +43,23 @@ def assert_clean_error(result, *fragments):
         ("--dataset=imagenet", ["--dataset=imagenet", "fashion_mnist"]),
         ("--image_size=32", ["--image_size=32", "64"]),
         ("--data_dir=/nonexistent/fashion", ["--data_dir=/nonexistent/fashion", "does not exist"]),
+        ("--eval_max_images=1", ["--eval_max_images=1", "at least 2"]),
+        ("--alpha=0", ["--alpha=0.0", "must be positive"]),
+        ("--beta=-1", ["--beta=-1.0", "0 or more"]),
+        ("stray_argument", ["unexpected argument 'stray_argument'", "--model_dir=DIR"]),
     ],
 )
 def test_invalid_flag_value_is_one_clear_line(tmp_path, flag, fragments):
     result = run_train(*QUICK, f"--model_dir={tmp_path}", "--max_steps=1", flag)
     assert_clean_error(result, *fragments)
+
+
+def test_model_dir_that_is_a_file(tmp_path):
+    path = tmp_path / "a_file"
+    path.write_text("not a folder")
+    result = run_train(*QUICK, f"--model_dir={path}", "--max_steps=1")
+    assert_clean_error(result, f"--model_dir={path} is a file, not a folder")
+    assert result.stderr.count("is a file, not a folder") == 1  # printed once, not logged as well
 
 
 def test_missing_model_dir():
@@ -96,6 +108,33 @@ def test_train_writes_metrics_and_resumes(tmp_path):
     assert "at step 4" in second.stderr
     assert json.loads((model_dir / "metrics.json").read_text())["step"] == 6
 
+    # A finished run is not evaluated again: the history keeps one record per step.
+    again = run_train(*QUICK, f"--model_dir={model_dir}", "--batch_size=4", "--max_steps=6")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already evaluated" in again.stderr
+    history = [json.loads(line) for line in (model_dir / "metrics_history.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in history] == [2, 4, 6]
+
+    # A changed setting is reported, stored in run_config.json and, here, re-evaluated.
+    resized = run_train(*QUICK, f"--model_dir={model_dir}", "--batch_size=4", "--max_steps=6", "--image_size=72")
+    assert resized.returncode == 0, resized.stderr[-3000:]
+    assert "image_size: 64 -> 72" in resized.stderr
+    assert json.loads((model_dir / "run_config.json").read_text())["image_size"] == 72
+    history = [json.loads(line) for line in (model_dir / "metrics_history.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in history] == [2, 4, 6, 6]
+
     changed = run_train(*QUICK, f"--model_dir={model_dir}", "--batch_size=4", "--max_steps=8",
                         "--embedding_size=32")
     assert_clean_error(changed, "embedding_size")
+
+
+@needs_fashion_mnist
+def test_untrained_run_is_saved_for_evaluation(tmp_path):
+    model_dir = tmp_path / "untrained"
+    result = run_train(*QUICK, f"--model_dir={model_dir}", "--batch_size=4", "--max_steps=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (model_dir / "ckpt-0.index").is_file()
+    assert json.loads((model_dir / "metrics.json").read_text())["step"] == 0
+    config = json.loads((model_dir / "run_config.json").read_text())
+    assert config["data_dir"] is None
+    assert config["test_class_fraction"] is None

@@ -45,3 +45,70 @@ def test_two_training_steps_on_miniature(tmp_path, dataset):
     assert metrics["step"] == 2
     assert 0.0 <= metrics["recall@1"] <= 1.0
     assert json.loads((model_dir / "run_config.json").read_text())["dataset"] == dataset
+
+
+def _write_bad_fashion_mnist(data_dir):
+    """Write the four Fashion-MNIST files with text in place of gzip data.
+
+    Returns the path of the training images, the file that the loader reads first.
+    """
+    names = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+    for name in names:
+        with open(os.path.join(data_dir, name), "wb") as stream:
+            stream.write(b"not gzip data\n" * 8)
+    return os.path.join(data_dir, names[0])
+
+
+def _write_single_class_folder(data_dir):
+    mini.write_image(os.path.join(data_dir, "cat", "0.png"), mini.color_for(0), image_format="PNG")
+    return data_dir
+
+
+BAD_DATA = {
+    "fashion_mnist": (_write_bad_fashion_mnist, "is not a valid gzip file"),
+    "image_folder": (_write_single_class_folder, "has only one class folder, cat/"),
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(BAD_DATA))
+def test_bad_data_is_one_line_error(tmp_path, dataset):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    write, problem = BAD_DATA[dataset]
+    named = write(str(data_dir))
+    result = subprocess.run(
+        [sys.executable, "-m", "hdml_tf.train", f"--dataset={dataset}", f"--data_dir={data_dir}",
+         f"--model_dir={tmp_path / 'run'}", "--image_size=64", "--max_steps=1"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("hdml_tf.train: error:")]
+    assert len(error_lines) == 1, result.stderr[-3000:]
+    assert named in error_lines[0]
+    assert problem in error_lines[0]
+
+
+@pytest.mark.parametrize("damaged_split", ["train", "test"])
+def test_damaged_jpeg_is_named_when_decoding_fails(tmp_path, damaged_split):
+    data_dir = tmp_path / "data"
+    write_image_folder(str(data_dir))
+    # Every image of the class is damaged, so the first batch (or evaluation) meets one.
+    class_name = "ant" if damaged_split == "train" else "eel"
+    damaged = [str(data_dir / damaged_split / class_name / f"{number}.jpg") for number in range(3)]
+    for path in damaged:
+        os.remove(path.replace(".jpg", ".png"))
+        mini.write_damaged_jpeg(path)
+    result = subprocess.run(
+        [sys.executable, "-m", "hdml_tf.train", "--dataset=image_folder", f"--data_dir={data_dir}",
+         "--image_size=64", "--batch_size=8", "--max_steps=2", f"--model_dir={tmp_path / 'run'}",
+         "--embedding_size=16", "--eval_every_steps=2"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    message = result.stderr[result.stderr.index("hdml_tf.train: error:"):]
+    assert f"3 image files of the {'training' if damaged_split == 'train' else 'test'} split fail" in message
+    for path in damaged:
+        assert path in message

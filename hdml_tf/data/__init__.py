@@ -7,7 +7,9 @@ loaders in `DATASETS`.
 
 from hdml_tf.data.cars196 import load_cars196
 from hdml_tf.data.cub import load_cub
-from hdml_tf.data.fashion_mnist import DatasetNotFoundError, load_fashion_mnist
+from hdml_tf.data.decode_check import find_undecodable_images, raise_undecodable_image_error
+from hdml_tf.data.errors import DatasetFileError, DatasetNotFoundError
+from hdml_tf.data.fashion_mnist import load_fashion_mnist
 from hdml_tf.data.files import BadImageError, DatasetCountError, UnsafeArchiveError
 from hdml_tf.data.image_folder import load_image_folder
 from hdml_tf.data.pipeline import cache_resized, make_eval_dataset, make_train_dataset
@@ -36,13 +38,16 @@ __all__ = [
     "BadImageError",
     "BatchLayoutError",
     "DatasetCountError",
+    "DatasetFileError",
     "DatasetNotFoundError",
     "DatasetSplits",
     "Split",
     "UnsafeArchiveError",
     "cache_resized",
+    "find_undecodable_images",
     "load_dataset",
     "make_eval_dataset",
     "make_sampler",
     "make_train_dataset",
+    "raise_undecodable_image_error",
 ]

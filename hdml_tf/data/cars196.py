@@ -22,7 +22,7 @@ import scipy.io
 from absl import logging
 
 from hdml_tf.data import files, tfds_export
-from hdml_tf.data.fashion_mnist import DatasetNotFoundError
+from hdml_tf.data.errors import DatasetNotFoundError
 
 DATASET = "Cars196"
 TFDS_BUILDER = "cars196"

@@ -15,7 +15,7 @@ import os
 from absl import logging
 
 from hdml_tf.data import files, tfds_export
-from hdml_tf.data.fashion_mnist import DatasetNotFoundError
+from hdml_tf.data.errors import DatasetNotFoundError
 
 DATASET = "CUB-200-2011"
 FOLDER = "CUB_200_2011"

@@ -31,7 +31,7 @@ import zlib
 import numpy as np
 from absl import logging
 
-from hdml_tf.data.fashion_mnist import DatasetNotFoundError
+from hdml_tf.data.errors import DatasetNotFoundError
 from hdml_tf.data.splits import DatasetSplits, Split, relabel
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -330,11 +330,11 @@ def prepare_sources(data_dir, sources):
         if os.path.exists(os.path.join(data_dir, source.path)):
             continue
         if existed:
-            raise FileNotFoundError(
+            raise DatasetNotFoundError(
                 f"{source.path} not found in {data_dir}: the existing {source.top_level} there is incomplete, "
                 f"so delete it and {source.archive} will be extracted again"
             )
-        raise FileNotFoundError(
+        raise DatasetNotFoundError(
             f"{source.archive} in {data_dir} does not contain {source.path}: replace it with the official archive"
         )
 
@@ -394,7 +394,12 @@ def _describe_bad_files(bad):
     return "\n".join(lines)
 
 
-def make_path_split(dataset, split_name, images, class_names, skip_bad_images=False):
+OFFICIAL_BAD_IMAGE_ADVICE = "Replace these files with the ones from the official archive"
+
+
+def make_path_split(
+    dataset, split_name, images, class_names, skip_bad_images=False, bad_image_advice=OFFICIAL_BAD_IMAGE_ADVICE
+):
     """Check the files of `images` and build a Split with 0-based contiguous labels.
 
     Labels follow the sorted order of the class ids that still have images after bad
@@ -406,6 +411,8 @@ def make_path_split(dataset, split_name, images, class_names, skip_bad_images=Fa
         images: the split's `ImageList`.
         class_names: {class id: class name} for every class id in `images`.
         skip_bad_images: skip bad entries (counted and listed in the log) instead of raising.
+        bad_image_advice: fix for the bad files in the BadImageError message, as the
+            start of a sentence that continues with ", or pass --skip_bad_images".
 
     Raises:
         BadImageError: an entry is unsafe, or its file is missing or fails the cheap image
@@ -440,8 +447,7 @@ def make_path_split(dataset, split_name, images, class_names, skip_bad_images=Fa
             raise BadImageError(
                 f"{len(bad)} of the {len(images.relative_paths)} images of the {dataset} {split_name} split "
                 f"(from {images.list_file}) are unusable:\n{listing}\n"
-                f"Replace these files with the official ones, or pass --skip_bad_images "
-                f"(skip_bad_images=True) to leave them out."
+                f"{bad_image_advice}, or pass --skip_bad_images to leave them out."
             )
         logging.warning(
             "Skipped %d of the %d images of the %s %s split:\n%s",
@@ -475,7 +481,7 @@ def check_counts(dataset, split_name, split, expected, allow_partial_dataset=Fal
     if not allow_partial_dataset:
         raise DatasetCountError(
             f"{message}. Check that the files are complete and unmodified, or pass "
-            f"--allow_partial_dataset (allow_partial_dataset=True) to use this subset."
+            f"--allow_partial_dataset to use this subset."
         )
     logging.warning("%s; continuing because allow_partial_dataset is set", message)
 
@@ -502,7 +508,16 @@ def partition_by_class(images, is_train_class):
 
 
 def make_dataset_splits(
-    name, dataset, train, test, class_names, expected, source, skip_bad_images=False, allow_partial_dataset=False
+    name,
+    dataset,
+    train,
+    test,
+    class_names,
+    expected,
+    source,
+    skip_bad_images=False,
+    allow_partial_dataset=False,
+    bad_image_advice=OFFICIAL_BAD_IMAGE_ADVICE,
 ):
     """Build, check and log a dataset's train and test splits from their image lists.
 
@@ -517,11 +532,12 @@ def make_dataset_splits(
         source: where the files were read from, for the log.
         skip_bad_images: see `make_path_split`.
         allow_partial_dataset: see `check_counts`.
+        bad_image_advice: see `make_path_split`.
     """
     splits = DatasetSplits(
         name=name,
-        train=make_path_split(dataset, "train", train, class_names, skip_bad_images),
-        test=make_path_split(dataset, "test", test, class_names, skip_bad_images),
+        train=make_path_split(dataset, "train", train, class_names, skip_bad_images, bad_image_advice),
+        test=make_path_split(dataset, "test", test, class_names, skip_bad_images, bad_image_advice),
     )
     log_split_sizes(dataset, splits, source)
     for split_name, split in (("train", splits.train), ("test", splits.test)):

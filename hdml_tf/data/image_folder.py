@@ -19,7 +19,7 @@ import os
 from absl import logging
 
 from hdml_tf.data import files
-from hdml_tf.data.fashion_mnist import DatasetNotFoundError
+from hdml_tf.data.errors import DatasetFileError, DatasetNotFoundError
 
 DATASET = "image folder"
 SPLIT_FOLDERS = ("train", "test")
@@ -80,7 +80,7 @@ def split_classes(class_names, test_class_fraction):
     if not 0 < test_class_fraction < 1:
         raise ValueError(f"--test_class_fraction={test_class_fraction} is invalid: it must lie strictly between 0 and 1")
     if len(class_names) < 2:
-        raise ValueError(f"a class-disjoint split needs at least 2 class folders, found {len(class_names)}")
+        raise DatasetFileError(f"a class-disjoint split needs at least 2 class folders, found {len(class_names)}")
     names = sorted(class_names)
     num_test = math.floor(len(names) * test_class_fraction + 0.5)
     num_test = min(max(num_test, 1), len(names) - 1)
@@ -107,8 +107,10 @@ def load_image_folder(
 
     Raises:
         DatasetNotFoundError: `data_dir` is missing or has no class folders.
+        DatasetFileError: only one of train/ and test/ exists, or `data_dir` has a single
+            class folder.
         BadImageError: an image is unreadable or resolves outside `data_dir`.
-        ValueError: only one of train/ and test/ exists, or `test_class_fraction` is invalid.
+        ValueError: `test_class_fraction` is invalid.
     """
     del download, allow_partial_dataset
     files.require_data_dir(data_dir, DATASET, "pass a folder with one subfolder of images per class")
@@ -126,12 +128,18 @@ def load_image_folder(
             )
         prefixes = ("train", "test")
     elif len(present) == 1:
-        raise ValueError(
-            f"{data_dir} has a {present[0]}/ folder but no {'test' if present[0] == 'train' else 'train'}/ folder: "
-            f"give both, or put the class folders directly in {data_dir}"
+        missing = "test" if present[0] == "train" else "train"
+        raise DatasetFileError(
+            f"{data_dir} has a {present[0]}/ folder but no {missing}/ folder: add {missing}/ with its own class "
+            f"folders, or put all class folders directly in {data_dir} to have them split by --test_class_fraction"
         )
     elif not top_level:
         raise DatasetNotFoundError(f"no class folders found in {data_dir}: put each class's images in a subfolder")
+    elif len(top_level) == 1:
+        raise DatasetFileError(
+            f"{data_dir} has only one class folder, {top_level[0]}/, but a class-disjoint split needs at least 2: "
+            f"add a folder for every class, or give train/ and test/ folders of class folders"
+        )
     else:
         train_names, test_names = split_classes(top_level, test_class_fraction)
         prefixes = ("", "")
@@ -144,5 +152,5 @@ def load_image_folder(
     test = _collect(data_dir, prefixes[1], test_names, class_ids)
     return files.make_dataset_splits(
         "image_folder", DATASET, train, test, dict(enumerate(all_names)), None, data_dir,
-        skip_bad_images=skip_bad_images,
+        skip_bad_images=skip_bad_images, bad_image_advice="Remove or replace these files",
     )

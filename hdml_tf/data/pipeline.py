@@ -19,6 +19,16 @@ def resize_size(image_size):
     return int(round(image_size * RESIZE_RATIO))
 
 
+def decode_image(data):
+    """Decode the bytes of a JPEG, PNG, BMP or GIF file to uint8 [H, W, 3].
+
+    Grayscale and CMYK images become RGB, and a GIF gives its first frame.
+    """
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
 def _image_loader(split):
     """Return a function from an index tensor to that image as uint8 [H, W, 3]."""
     if split.images is not None:
@@ -35,10 +45,7 @@ def _image_loader(split):
     paths = tf.constant(split.paths.astype(str))
 
     def load_file(index):
-        data = tf.io.read_file(tf.gather(paths, index))
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        image.set_shape([None, None, 3])
-        return image
+        return decode_image(tf.io.read_file(tf.gather(paths, index)))
 
     return load_file
 

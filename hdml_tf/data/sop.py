@@ -18,7 +18,7 @@ import os
 from absl import logging
 
 from hdml_tf.data import files, tfds_export
-from hdml_tf.data.fashion_mnist import DatasetNotFoundError
+from hdml_tf.data.errors import DatasetNotFoundError
 
 DATASET = "Stanford Online Products"
 FOLDER = "Stanford_Online_Products"
