@@ -128,6 +128,12 @@ class Evaluator:
         return record
 
 
+def _training_flags_string(flags_values):
+    """Return the training command's own flags as "--name=value" lines, without absl's and TensorFlow's."""
+    module = flags_values.find_module_defining_flag("model_dir")
+    return "\n".join(flag.serialize() for flag in flags_values.get_flags_for_module(module) if flag.value is not None)
+
+
 def _finished_run(model_dir, manager, evaluator, step, max_steps, is_chief, settings_changed):
     """Finish a run that is already at --max_steps.
 
@@ -182,7 +188,7 @@ def _run_locked(flags_values, recall_ks, lr_decay_steps, is_chief, own_dir):
     model_dir = flags_values.model_dir
     if flags_values.deterministic:
         tf.config.experimental.enable_op_determinism()
-    logging.info("Training run in %s with flags:\n%s", model_dir, flags_values.flags_into_string())
+    logging.info("Training run in %s with flags:\n%s", model_dir, _training_flags_string(flags_values))
 
     strategy = make_strategy(flags_values.strategy, flags_values.cpu_replicas)
     splits = data_lib.load_dataset(

@@ -1,6 +1,7 @@
 """Tests of hdml_tf.evaluation against slow, obviously correct references."""
 
 import itertools
+import logging
 import math
 from fractions import Fraction
 
@@ -148,6 +149,14 @@ HAND_EXPECTED = {
     "map@r": 0.25,
     "r_precision": 0.3,
 }
+
+
+def test_clipped_recall_k_warns(caplog):
+    caplog.set_level(logging.WARNING)
+    evaluate_embeddings(HAND_EMBEDDINGS, HAND_LABELS, (1, 5, 8), compute_clustering=False)
+    warnings = [record.getMessage() for record in caplog.records if "Recall@K for K=" in record.getMessage()]
+    assert warnings == ["Recall@K for K=8 counts all 5 other samples, so it is 1 for every query whose class has "
+                        "another sample: use K below 6"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -89,6 +89,13 @@ class RetrievalMetricAccumulator:
         self.max_relevant = int(self._num_relevant.max())
         self.num_classes = int(class_sizes.shape[0])
         self._clipped_ks = tuple(min(k, num_samples - 1) for k in self.recall_ks)
+        clipped = [k for k in self.recall_ks if k > num_samples - 1]
+        if clipped:
+            logging.warning(
+                "Recall@K for K=%s counts all %d other samples, so it is 1 for every query whose class has another "
+                "sample: use K below %d",
+                ",".join(map(str, clipped)), num_samples - 1, num_samples,
+            )
         # Neighbours every query needs: enough for the largest K and the largest R.
         self.required_neighbours = max(max(self._clipped_ks), self.max_relevant)
 
