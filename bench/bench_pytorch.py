@@ -24,11 +24,12 @@ convolution, and BVLC GoogLeNet (hdml_tf) has none but two local response normal
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
+
+import records
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULT_PREFIX = "RESULT "
@@ -205,18 +206,13 @@ def orchestrate(args):
         print(f"{image_size} px, batch {args.batch_size}: " + ", ".join(f"{n} {r:.1f} images/s" for n, r in rates.items()))
 
     record = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
+        **records.machine_fields(),
         "warmup": args.warmup,
         "steps_per_round": args.steps,
         "rounds": args.rounds,
         "results": results,
     }
-    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-    with open(args.output, "w") as stream:
-        json.dump(record, stream, indent=2)
-        stream.write("\n")
+    records.write_record(args.output, record)
 
 
 def main():

@@ -11,13 +11,11 @@ timed the same way, to tell forward from backward cost.
 Results are printed and written as JSON to --output.
 """
 
-import json
-import os
-import platform
 import time
 
 from absl import app, flags, logging
 
+import records
 import tf_step
 
 FLAGS = flags.FLAGS
@@ -127,10 +125,8 @@ def main(argv):
         print(line, flush=True)
 
     record = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        **records.machine_fields(),
         "tensorflow": tf.__version__,
-        "machine": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
         "loss": FLAGS.loss,
         "backbone": FLAGS.backbone,
         "embedding_size": FLAGS.embedding_size,
@@ -140,10 +136,7 @@ def main(argv):
         "inter_op_threads": FLAGS.inter_op_threads,
         "results": results,
     }
-    os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
-    with open(FLAGS.output, "w") as stream:
-        json.dump(record, stream, indent=2)
-        stream.write("\n")
+    records.write_record(FLAGS.output, record)
 
 
 if __name__ == "__main__":

@@ -80,12 +80,35 @@ def collect_curves(study_dir, losses, seeds, max_steps, tags):
     return curves
 
 
-def plot_recall(curves, losses, path):
+def _pyplot():
+    """Return matplotlib.pyplot with the file-only Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _style_panel(axis, title, ylabel=None):
+    """Title, label and grid one panel, with a legend when it has labelled lines."""
+    axis.set_title(title)
+    axis.set_xlabel("training step")
+    if ylabel:
+        axis.set_ylabel(ylabel)
+    axis.grid(alpha=0.3)
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend()
+
+
+def _save_figure(plt, figure, path):
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_recall(curves, losses, path):
+    plt = _pyplot()
     figure, axes = plt.subplots(1, len(losses), figsize=(5 * len(losses), 3.6), squeeze=False)
     for axis, loss in zip(axes[0], losses):
         for method, color in zip(run_study.METHODS, ("tab:red", "tab:blue")):
@@ -98,23 +121,12 @@ def plot_recall(curves, losses, path):
             std = table.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros_like(mean)
             axis.plot(steps, mean, marker="o", color=color, label=f"{method} ({len(runs)} seeds)")
             axis.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2)
-        axis.set_title(f"{loss}: R@1 on the test classes")
-        axis.set_xlabel("training step")
-        axis.set_ylabel("R@1 (%)")
-        axis.grid(alpha=0.3)
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+        _style_panel(axis, f"{loss}: R@1 on the test classes", "R@1 (%)")
+    _save_figure(plt, figure, path)
 
 
 def plot_schedule(curves, losses, tags, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     figure, axes = plt.subplots(len(tags), len(losses), figsize=(5 * len(losses), 3.0 * len(tags)), squeeze=False)
     for column, loss in enumerate(losses):
         runs = [run for run in curves["runs"].values() if run["loss"] == loss and run["method"] == "hdml"]
@@ -125,17 +137,11 @@ def plot_schedule(curves, losses, tags, path):
                 if points:
                     steps, values = zip(*points)
                     axis.plot(steps, values, label=f"seed {run['seed']}")
-            axis.set_title(f"{loss} HDML: {tag}")
-            axis.set_xlabel("training step")
             # J_avg falls from its initial 1e6 to single digits, and lambda from 1 to about 1e-10,
             # so only a log scale shows both ends.
             axis.set_yscale("log")
-            axis.grid(alpha=0.3)
-            if axis.get_legend_handles_labels()[0]:
-                axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+            _style_panel(axis, f"{loss} HDML: {tag}")
+    _save_figure(plt, figure, path)
 
 
 def main(argv):
