@@ -84,73 +84,13 @@ def check_flags():
 # === Models ===
 
 
-def _first_line(message):
-    lines = str(message).strip().splitlines()
-    return lines[0] if lines else "no details given"
-
-
-def load_saved_model(path):
-    """Load the SavedModel folder `path` with tf.saved_model.load.
-
-    Raises:
-        export.ExportError: naming `path`, when its saved_model.pb or variables cannot be read.
-    """
-    import tensorflow as tf
-
-    try:
-        return tf.saved_model.load(path)
-    except (OSError, tf.errors.OpError) as error:
-        # OSError: saved_model.pb or the variables are missing or unparsable. OpError: the
-        # variable files are damaged.
-        reason = _first_line(error.message if isinstance(error, tf.errors.OpError) else error)
-        raise export.ExportError(f"--model={path} is not a readable SavedModel: {reason}") from None
-
-
-def open_onnx_session(path):
-    """Open an ONNX Runtime CPU session of the file `path`.
-
-    Returns:
-        (session, image size S of its only input [batch, S, S, 3]).
-
-    Raises:
-        export.ExportError: naming `path`, when ONNX Runtime cannot load it or its input is
-            not a batch of square images.
-    """
-    import onnxruntime
-    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
-
-    # Load errors of ONNX Runtime 1.32, such as InvalidProtobuf for random bytes and
-    # InvalidArgument for an empty file. They derive from Exception only, with no shared base.
-    load_errors = (
-        ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf,
-        ort_errors.NoModel, ort_errors.NoSuchFile, ort_errors.NotImplemented, ort_errors.RuntimeException,
-    )
-    try:
-        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    except load_errors as error:
-        # Messages read "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from PATH failed:REASON".
-        reason = _first_line(error).split(" failed:", 1)[-1].strip()
-        reason = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", reason)
-        raise export.ExportError(f"--model={path} is not a readable ONNX model: {reason}") from None
-
-    inputs = session.get_inputs()
-    shape = inputs[0].shape if len(inputs) == 1 else None
-    if shape is None or len(shape) != 4 or not isinstance(shape[1], int) or shape[1] != shape[2] or shape[3] != 3:
-        described = [model_input.shape for model_input in inputs]
-        raise export.ExportError(
-            f"--model={path} takes inputs of shapes {described}, not one [batch, S, S, 3]: "
-            f"export it with tools/export_onnx.py"
-        )
-    return session, shape[1]
-
-
 class SavedModelEmbedder:
     """Callable embedder of lists of encoded images, through a SavedModel's `serve_image_bytes` signature."""
 
     def __init__(self, path):
         import tensorflow as tf
 
-        loaded = load_saved_model(path)
+        loaded = export.load_saved_model(path)
         if export.BYTES_SIGNATURE not in loaded.signatures:
             raise export.ExportError(
                 f"--model={path} has no {export.BYTES_SIGNATURE} signature: export it with tools/export_savedmodel.py"
@@ -170,7 +110,7 @@ class OnnxEmbedder:
     def __init__(self, path):
         import tensorflow as tf
 
-        self._session, image_size = open_onnx_session(path)
+        self._session, image_size = export.open_onnx_session(path)
         self._input_name = self._session.get_inputs()[0].name
         self._preprocess = tf.function(
             lambda image_bytes: export.decode_and_preprocess(image_bytes, image_size),

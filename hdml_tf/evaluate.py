@@ -62,7 +62,7 @@ class EvaluateError(ValueError):
 
 
 class OutputWriteError(OSError):
-    """Writing the metrics JSON or the retrieval grid failed after the evaluation."""
+    """Error for a failed write of the metrics JSON or the retrieval grid after the evaluation."""
 
 
 # === Flags and model ===
@@ -187,16 +187,16 @@ def _load_embedder(kind, path, run_config):
     """Return (embed function on float image batches, image size) of the model at `path`."""
     import tensorflow as tf
 
-    from hdml_tf import embed, runs
+    from hdml_tf import runs
 
     if kind == "run":
         model, _, _ = runs.load_trained_model(path)
         return model.embed, run_config["image_size"]
     if kind == "onnx":
-        session, image_size = embed.open_onnx_session(path)
+        session, image_size = export.open_onnx_session(path)
         input_name = session.get_inputs()[0].name
         return (lambda images: session.run(None, {input_name: np.asarray(images)})[0]), image_size
-    loaded = embed.load_saved_model(path)
+    loaded = export.load_saved_model(path)
     if export.FLOAT_SIGNATURE not in loaded.signatures:
         raise EvaluateError(
             f"--model={path} has no {export.FLOAT_SIGNATURE} signature: export it with tools/export_savedmodel.py"
@@ -294,7 +294,7 @@ def run():
 
     from hdml_tf import evaluation, runs
 
-    # [checks] Flags, paths and the run's settings, before anything slow.
+    # Check the flags, paths and the run's settings before anything slow.
     kind, model_path, recall_ks = check_flags()
     run_config = None
     if kind == "run":
@@ -315,7 +315,7 @@ def run():
         grid = FLAGS.grid or os.path.splitext(output)[0] + ".png"
         export.check_output_file(grid, "--grid")
 
-    # [model and data] ONNX Runtime opens a file quickly, so a damaged .onnx file is reported
+    # ONNX Runtime opens a file quickly, so a damaged .onnx file is reported
     # before the dataset is read. Runs and SavedModels take longer and are loaded after it.
     embedder = _load_embedder(kind, model_path, run_config) if kind == "onnx" else None
     split = _load_split(dataset_name, data_dir, test_class_fraction)
@@ -323,7 +323,6 @@ def run():
         embedder = _load_embedder(kind, model_path, run_config)
     embed_fn, image_size = embedder
 
-    # [evaluation]
     dataset = data_lib.make_eval_dataset(split, image_size, FLAGS.batch_size, limit=FLAGS.max_images)
     try:
         embeddings, labels = _embed(embed_fn, dataset)

@@ -24,6 +24,7 @@ that the command-line tools check their flags and files before spending seconds 
 import errno
 import glob
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -544,3 +545,63 @@ def resolve_model(path):
     if os.path.exists(path):
         raise ExportError(f"--model={path} is neither a SavedModel folder nor an .onnx file")
     raise ExportError(f"--model={path} not found: pass a SavedModel folder or an .onnx file")
+
+
+def _first_line(message):
+    lines = str(message).strip().splitlines()
+    return lines[0] if lines else "no details given"
+
+
+def load_saved_model(path):
+    """Load the SavedModel folder `path` with tf.saved_model.load.
+
+    Raises:
+        ExportError: naming `path`, when its saved_model.pb or variables cannot be read.
+    """
+    import tensorflow as tf
+
+    try:
+        return tf.saved_model.load(path)
+    except (OSError, tf.errors.OpError) as error:
+        # OSError: saved_model.pb or the variables are missing or unparsable. OpError: the
+        # variable files are damaged.
+        reason = _first_line(error.message if isinstance(error, tf.errors.OpError) else error)
+        raise ExportError(f"--model={path} is not a readable SavedModel: {reason}") from None
+
+
+def open_onnx_session(path):
+    """Open an ONNX Runtime CPU session of the file `path`.
+
+    Returns:
+        (session, image size S of its only input [batch, S, S, 3]).
+
+    Raises:
+        ExportError: naming `path`, when ONNX Runtime cannot load it or its input is
+            not a batch of square images.
+    """
+    import onnxruntime
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+    # Load errors of ONNX Runtime 1.32, such as InvalidProtobuf for random bytes and
+    # InvalidArgument for an empty file. They derive from Exception only, with no shared base.
+    load_errors = (
+        ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf,
+        ort_errors.NoModel, ort_errors.NoSuchFile, ort_errors.NotImplemented, ort_errors.RuntimeException,
+    )
+    try:
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except load_errors as error:
+        # Messages read "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from PATH failed:REASON".
+        reason = _first_line(error).split(" failed:", 1)[-1].strip()
+        reason = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", reason)
+        raise ExportError(f"--model={path} is not a readable ONNX model: {reason}") from None
+
+    inputs = session.get_inputs()
+    shape = inputs[0].shape if len(inputs) == 1 else None
+    if shape is None or len(shape) != 4 or not isinstance(shape[1], int) or shape[1] != shape[2] or shape[3] != 3:
+        described = [model_input.shape for model_input in inputs]
+        raise ExportError(
+            f"--model={path} takes inputs of shapes {described}, not one [batch, S, S, 3]: "
+            f"export it with tools/export_onnx.py"
+        )
+    return session, shape[1]

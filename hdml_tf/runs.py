@@ -30,7 +30,7 @@ def make_run_config(config, backbone, image_size, dataset, data_dir=None, test_c
     """Return the JSON-serialisable description of a run.
 
     `data_dir` (stored as an absolute path) and `test_class_fraction` let evaluation find
-    the run's data and its held-out classes again; None means the loader's default.
+    the run's data and its held-out classes again. None selects the loader's default.
     """
     run_config = dataclasses.asdict(config)
     run_config["lr_decay_steps"] = list(config.lr_decay_steps)

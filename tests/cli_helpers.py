@@ -2,7 +2,7 @@
 
 
 def assert_one_line_error(result, program, *fragments):
-    """Assert that `result` failed with exit code 2 and one `PROGRAM: error:` line holding every fragment."""
+    """Assert that `result` failed with exit code 2 and one `PROGRAM: error:` line containing every fragment."""
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith(f"{program}: error: ")]

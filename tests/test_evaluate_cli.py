@@ -98,7 +98,7 @@ def garbage_onnx(tmp_path):
 
 
 @needs_fashion_mnist
-def test_run_saved_model_and_onnx_give_same_metrics_and_grid(tmp_path):
+def test_exported_models_match_run(tmp_path):
     model_dir = tmp_path / "run"
     trained = run_module("hdml_tf.train", "--dataset=fashion_mnist", f"--model_dir={model_dir}", "--image_size=64",
                          "--embedding_size=16", "--batch_size=4", "--max_steps=2", "--eval_max_images=100")
@@ -238,7 +238,7 @@ def test_output_folder_is_created(tmp_path, image_folder):
 
 
 def test_damaged_jpeg_is_named(tmp_path, image_folder):
-    # The test split holds the last half of the sorted classes: class_2 and class_3.
+    # The test split contains the last half of the sorted classes: class_2 and class_3.
     damaged = os.path.join(image_folder, "class_3", "damaged.jpg")
     mini.write_damaged_jpeg(damaged)
     model = write_flatten_onnx(tmp_path / "flatten.onnx")

@@ -129,7 +129,7 @@ def test_train_writes_metrics_and_resumes(tmp_path):
 
 
 @needs_fashion_mnist
-def test_untrained_run_is_saved_for_evaluation(tmp_path):
+def test_zero_steps_saves_checkpoint(tmp_path):
     model_dir = tmp_path / "untrained"
     result = run_train(*QUICK, f"--model_dir={model_dir}", "--batch_size=4", "--max_steps=0")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -6,8 +6,8 @@ traceback, so every message names the file or folder and the fix.
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """Raised when a dataset's files are missing; the message says what to place where."""
+    """Error for missing dataset files. Its message names the files to place and the folder."""
 
 
 class DatasetFileError(ValueError):
-    """Raised when a dataset file or folder exists but is damaged, inconsistent or laid out wrongly."""
+    """Error for a dataset file or folder that exists but is damaged, inconsistent or laid out wrongly."""

@@ -57,7 +57,9 @@ def read_idx(path):
     except zlib.error as error:
         raise DatasetFileError(f"{path} has damaged gzip data ({error}). {_REPLACE_ADVICE}") from error
     except OSError as error:
-        raise DatasetFileError(f"{path} cannot be read ({error.strerror or error}): check that it is a readable file") from error
+        raise DatasetFileError(
+            f"reading {path} failed ({error.strerror or error}): check that it is a readable file"
+        ) from error
 
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DatasetFileError(
@@ -104,13 +106,13 @@ def check_image_label_pair(images, labels, images_path, labels_path):
     """
     if images.ndim != 3:
         raise DatasetFileError(
-            f"{images_path} has shape {images.shape}, but an image file has 3 dimensions (images, rows, columns); "
-            f"check that it is not a label file. {_REPLACE_ADVICE}"
+            f"{images_path} has shape {images.shape}, but an image file has 3 dimensions (images, rows, columns). "
+            f"Check that it is not a label file. {_REPLACE_ADVICE}"
         )
     if labels.ndim != 1:
         raise DatasetFileError(
-            f"{labels_path} has shape {labels.shape}, but a label file has 1 dimension; "
-            f"check that it is not an image file. {_REPLACE_ADVICE}"
+            f"{labels_path} has shape {labels.shape}, but a label file has 1 dimension. "
+            f"Check that it is not an image file. {_REPLACE_ADVICE}"
         )
     if len(images) != len(labels):
         raise DatasetFileError(

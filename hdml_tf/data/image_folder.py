@@ -75,10 +75,18 @@ def _collect(data_dir, prefix, class_names, class_ids):
     return files.ImageList(data_dir, relative_paths, image_class_ids, list_file=data_dir)
 
 
-def split_classes(class_names, test_class_fraction):
-    """Return (train classes, test classes): the last `test_class_fraction` of the sorted names are test classes."""
+def split_classes(class_names, test_class_fraction, data_dir=None):
+    """Return (train classes, test classes): the last `test_class_fraction` of the sorted names are test classes.
+
+    `data_dir`, the folder that contains the class folders, is named in the error for a single class.
+    """
     if not 0 < test_class_fraction < 1:
         raise ValueError(f"--test_class_fraction={test_class_fraction} is invalid: it must lie strictly between 0 and 1")
+    if len(class_names) == 1 and data_dir:
+        raise DatasetFileError(
+            f"{data_dir} has only one class folder, {class_names[0]}/, but a class-disjoint split needs at least "
+            f"2 class folders: add a folder for every class, or give train/ and test/ folders of class folders"
+        )
     if len(class_names) < 2:
         raise DatasetFileError(f"a class-disjoint split needs at least 2 class folders, found {len(class_names)}")
     names = sorted(class_names)
@@ -135,13 +143,8 @@ def load_image_folder(
         )
     elif not top_level:
         raise DatasetNotFoundError(f"no class folders found in {data_dir}: put each class's images in a subfolder")
-    elif len(top_level) == 1:
-        raise DatasetFileError(
-            f"{data_dir} has only one class folder, {top_level[0]}/, but a class-disjoint split needs at least 2: "
-            f"add a folder for every class, or give train/ and test/ folders of class folders"
-        )
     else:
-        train_names, test_names = split_classes(top_level, test_class_fraction)
+        train_names, test_names = split_classes(top_level, test_class_fraction, data_dir)
         prefixes = ("", "")
     if not train_names or not test_names:
         raise DatasetNotFoundError(f"no class folders found in the train and test folders of {data_dir}")
